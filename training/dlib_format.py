@@ -102,7 +102,7 @@ Layer = Conv | Affine | Relu | Pool | AddPrev | FullyConnected
 
 @dataclass(frozen=True)
 class DlibNetwork:
-    """What a dlib network file holds: its input layer, its layers from input to output, its loss."""
+    """A dlib network file's contents: input layer, layers from input to output, loss layer."""
 
     input: InputRGB
     layers: tuple[Layer, ...]
@@ -193,7 +193,9 @@ def read_network(path: str | Path) -> DlibNetwork:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise DlibFormatError(f"Cannot read the dlib network file {path}: {error.strerror}.") from error
+        raise DlibFormatError(
+            f"Cannot read the dlib network file {path}: {error.strerror}."
+        ) from error
     network = parse_network(data, source=str(path))
     return network
 
@@ -273,7 +275,9 @@ def _read_layer(stream: _Stream) -> Layer:
         window = (stream.integer(), stream.integer())
         stride = (stream.integer(), stream.integer())
         padding = (stream.integer(), stream.integer())
-        return Pool(kind=name.removesuffix("_pool_2"), window=window, stride=stride, padding=padding)
+        return Pool(
+            kind=name.removesuffix("_pool_2"), window=window, stride=stride, padding=padding
+        )
     if name == "add_prev_":
         return AddPrev()
     if name == "fc_2":
@@ -312,7 +316,9 @@ def _read_affine(stream: _Stream) -> Affine:
     beta_shape = stream.alias_tensor()
     mode = stream.integer()
     if mode != 0:
-        raise stream._fail("an affine layer in fully connected mode; only convolutional mode is used")
+        raise stream._fail(
+            "an affine layer in fully connected mode; only convolutional mode is used"
+        )
     channels = gamma_shape[1]
     if gamma_shape != beta_shape or params.size != 2 * channels:
         raise stream._fail("an affine layer whose gamma and beta disagree")

@@ -60,7 +60,9 @@ def build_dlib_resnet(
     name: str = MODEL_NAME,
 ) -> keras.Model:
     """Builds the tower with fresh weights; its input is RGB chips with values in 0..255."""
-    model, _ = _build(input_size=input_size, embedding_size=embedding_size, input_mean=input_mean, name=name)
+    model, _ = _build(
+        input_size=input_size, embedding_size=embedding_size, input_mean=input_mean, name=name
+    )
     return model
 
 
@@ -71,7 +73,8 @@ def import_dlib_network(network: dlib_format.DlibNetwork, *, name: str = MODEL_N
     """
     if network.input.rows != network.input.cols:
         raise dlib_format.DlibFormatError(
-            f"The network's input is {network.input.rows}x{network.input.cols}; a square input is expected."
+            f"The network's input is {network.input.rows}x{network.input.cols}; "
+            "a square input is expected."
         )
     fully_connected = network.layers[-1]
     if not isinstance(fully_connected, dlib_format.FullyConnected):
@@ -156,10 +159,12 @@ def _check_architecture(network: dlib_format.DlibNetwork, steps: Sequence[_Step]
     expected = [step.kind.__name__ for step in steps]
     if found != expected:
         raise dlib_format.DlibFormatError(
-            f"The file holds {len(found)} layers that do not match the dlib ResNet face descriptor's "
-            f"{len(expected)}; is it dlib_face_recognition_resnet_model_v1.dat?"
+            f"The file holds {len(found)} layers that do not match the {len(expected)} of the dlib "
+            "ResNet face descriptor; is it dlib_face_recognition_resnet_model_v1.dat?"
         )
     for index, (step, layer) in enumerate(zip(steps, network.layers, strict=True)):
+        actual: tuple[object, ...]
+        wanted: tuple[object, ...]
         if isinstance(layer, dlib_format.Conv):
             window = layer.filters.shape[2]
             actual = (layer.stride, layer.padding, window)

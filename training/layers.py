@@ -16,7 +16,7 @@ _PACKAGE = "faceverify"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ChannelNormalization(keras.layers.Layer):
+class ChannelNormalization(keras.layers.Layer):  # type: ignore[misc]
     """Maps raw pixel values to the network's input range: y = (x - mean[channel]) / scale.
 
     The input may be any numeric dtype (uint8 chips are cast first), channels last.
@@ -42,7 +42,7 @@ class ChannelNormalization(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Affine(keras.layers.Layer):
+class Affine(keras.layers.Layer):  # type: ignore[misc]
     """A per-channel scale and shift, y = gamma * x + beta: dlib's ``affine_`` layer.
 
     dlib trains with batch normalisation and replaces it with this fixed affine map for inference.
@@ -63,7 +63,7 @@ class Affine(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ZeroExtendAdd(keras.layers.Layer):
+class ZeroExtendAdd(keras.layers.Layer):  # type: ignore[misc]
     """Adds two channels-last feature maps the way dlib's ``add_prev_`` does.
 
     When their rows, columns or channels differ, the smaller one is extended with zeros at the
@@ -78,20 +78,21 @@ class ZeroExtendAdd(keras.layers.Layer):
 
     @staticmethod
     def _extend(tensor: Any, target: tuple[int, int, int]) -> Any:
-        missing = [want - int(have) for want, have in zip(target, tensor.shape[1:], strict=True)]
+        sizes = tuple(tensor.shape[1:])
+        missing = [want - int(have or want) for want, have in zip(target, sizes, strict=True)]
         if not any(missing):
             return tensor
         return ops.pad(tensor, [[0, 0]] + [[0, count] for count in missing])
 
     @staticmethod
     def _target_shape(shapes: Sequence[tuple[int | None, ...]]) -> tuple[int, int, int]:
-        first, second = (shape[1:] for shape in shapes)
-        if len(first) != 3 or len(second) != 3 or None in first or None in second:
+        first, second = ([size for size in shape[1:] if size is not None] for shape in shapes)
+        if len(first) != 3 or len(second) != 3:
             raise ValueError(
                 "ZeroExtendAdd needs two [batch, rows, cols, channels] inputs with known sizes, "
                 f"got {shapes[0]} and {shapes[1]}."
             )
-        rows, cols, channels = (max(int(a), int(b)) for a, b in zip(first, second, strict=True))
+        rows, cols, channels = (max(a, b) for a, b in zip(first, second, strict=True))
         return rows, cols, channels
 
     def compute_output_shape(

@@ -1,0 +1,118 @@
+"""Build the default model: dlib's ResNet face descriptor, converted by our own code.
+
+``python -m training import-dlib`` reads ``dlib_face_recognition_resnet_model_v1.dat`` from the
+``face-recognition-models`` package (public domain) with ``training.dlib_format``, loads it into the
+Keras tower of ``training.dlib_resnet`` and exports ``models/dlib_resnet_v1/1/``. dlib itself is
+never imported. Building is idempotent: an export whose metadata names the same source file hash
+and converter version is left alone, and that check does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.pipeline.metadata import (
+    MetadataError,
+    ModelMetadata,
+    Provenance,
+    model_version_dir,
+    read_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump when the conversion changes what is exported: existing exports are then rebuilt.
+CONVERTER_VERSION = "1"
+CONVERTER = "training.import_dlib"
+SOURCE_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+DEFAULT_VERSION = 1
+
+
+def packaged_model_file(file_name: str) -> Path:
+    """Path of a file shipped in the ``face-recognition-models`` package.
+
+    The package is located without importing it: its ``__init__`` needs ``pkg_resources``, which
+    recent setuptools no longer ships.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The face-recognition-models package is not installed; run `make install`."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the face-recognition-models package.")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_up_to_date(directory: Path, *, source_sha256: str) -> bool:
+    """Whether ``directory`` holds an export of this source made by this converter version."""
+    if not (directory / "saved_model.pb").is_file():
+        return False
+    try:
+        metadata = read_metadata(directory)
+    except MetadataError:
+        return False
+    provenance = metadata.provenance
+    return (
+        provenance.source_sha256 == source_sha256
+        and provenance.converter == CONVERTER
+        and provenance.converter_version == CONVERTER_VERSION
+    )
+
+
+def import_dlib(
+    *,
+    models_root: Path,
+    source: Path | None = None,
+    version: int = DEFAULT_VERSION,
+    force: bool = False,
+) -> Path:
+    """Converts the dlib descriptor into ``<models_root>/dlib_resnet_v1/<version>``, returned."""
+    source = source if source is not None else packaged_model_file(SOURCE_FILE)
+    destination = model_version_dir(models_root, "dlib_resnet_v1", version)
+    source_sha256 = file_sha256(source)
+    if not force and is_up_to_date(destination, source_sha256=source_sha256):
+        logger.info("%s is up to date; nothing to do (use --force to rebuild)", destination)
+        return destination
+
+    # Heavy imports only when there is work to do.
+    import keras
+    import tensorflow as tf
+
+    from training import dlib_format, dlib_resnet
+    from training.export import export_saved_model
+
+    network = dlib_format.read_network(source)
+    logger.info("Read %d layers from %s", len(network.layers), source)
+    model = dlib_resnet.import_dlib_network(network)
+    metadata = ModelMetadata(
+        name=dlib_resnet.MODEL_NAME,
+        version=version,
+        input_size=(network.input.rows, network.input.cols),
+        embedding_size=int(model.output_shape[-1]),
+        threshold=round(network.loss_distance_threshold, 6),
+        threshold_source="dlib's own distance threshold (loss_metric), not yet calibrated here",
+        provenance=Provenance(
+            source=f"face-recognition-models: {source.name}",
+            source_sha256=network.sha256,
+            converter=CONVERTER,
+            converter_version=CONVERTER_VERSION,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            frameworks={"tensorflow": tf.__version__, "keras": keras.__version__},
+            license="public domain (dlib-models, Davis King)",
+        ),
+    )
+    return export_saved_model(model, directory=destination, metadata=metadata, overwrite=True)
