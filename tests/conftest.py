@@ -28,7 +28,7 @@ def dlib_network(dlib_model_file: Path) -> dlib_format.DlibNetwork:
 
 
 @pytest.fixture(scope="session")
-def keras_tower(dlib_network: dlib_format.DlibNetwork):  # type: ignore[no-untyped-def]
+def keras_tower(dlib_network: dlib_format.DlibNetwork):
     from training.dlib_resnet import import_dlib_network
 
     return import_dlib_network(dlib_network)
@@ -77,4 +77,3 @@ def dlib_tools(dlib_model_file: Path) -> Iterator[dict[str, object]]:
         "descriptor": dlib.face_recognition_model_v1(str(dlib_model_file)),
         "get_face_chip": dlib.get_face_chip,
     }
-

@@ -48,7 +48,9 @@ def test_reads_the_face_descriptor(dlib_network: dlib_format.DlibNetwork) -> Non
 
 def test_primitives_follow_dlibs_encoding() -> None:
     # 0.04 as dlib writes it: mantissa 0xa3d70a (3 bytes), exponent -28 (0x81 = negative, 1 byte).
-    stream = dlib_format._Stream(b"\x03\n\xd7\xa3\x81\x1c" + b"\x82\x01\x01" + b"\x00" + b"10", "test")
+    stream = dlib_format._Stream(
+        b"\x03\n\xd7\xa3\x81\x1c" + b"\x82\x01\x01" + b"\x00" + b"10", "test"
+    )
     assert stream.real() == pytest.approx(0.04, rel=1e-7)
     assert stream.integer() == -257
     assert stream.integer() == 0

@@ -56,7 +56,9 @@ def test_affine_and_normalization_formulas() -> None:
     )
     affine = Affine()
     affine.build((None, 4, 4, 3))
-    affine.set_weights([np.array([1.0, 2.0, -1.0], "float32"), np.array([0.5, 0.0, 1.0], "float32")])
+    affine.set_weights(
+        [np.array([1.0, 2.0, -1.0], "float32"), np.array([0.5, 0.0, 1.0], "float32")]
+    )
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(affine(values)),
         values * [1.0, 2.0, -1.0] + [0.5, 0.0, 1.0],
