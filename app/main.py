@@ -16,9 +16,19 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
+def _configure_logging(level: str) -> None:
+    # uvicorn configures only its own loggers; without this the service's own lines are lost.
+    # Each worker process builds its own app, so this runs in every process.
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(level.upper())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Builds the FastAPI application; the model is loaded in the lifespan, not here."""
     settings = settings if settings is not None else get_settings()
+    _configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
