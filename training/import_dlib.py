@@ -15,8 +15,8 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.pipeline.errors import MetadataError
 from app.pipeline.metadata import (
-    MetadataError,
     ModelMetadata,
     Provenance,
     model_version_dir,

@@ -10,15 +10,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.pipeline.errors import ModelLoadError
 from app.pipeline.metadata import ModelMetadata, read_metadata
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-
-
-class ModelLoadError(RuntimeError):
-    """The model directory holds no loadable SavedModel."""
 
 
 class Embedder:

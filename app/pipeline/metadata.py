@@ -12,12 +12,10 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.pipeline.errors import MetadataError
+
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION: Final = 1
-
-
-class MetadataError(ValueError):
-    """A model directory's ``metadata.json`` is missing or invalid."""
 
 
 class _Frozen(BaseModel):

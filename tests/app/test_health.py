@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.pipeline.embed import Embedder
-from app.pipeline.metadata import MetadataError
+from app.pipeline.errors import MetadataError
 from app.settings import Settings
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline.metadata import MetadataError, model_version_dir, read_metadata
+from app.pipeline.errors import MetadataError
+from app.pipeline.metadata import model_version_dir, read_metadata
 
 
 def test_missing_metadata_says_how_to_build(tmp_path: Path) -> None:
