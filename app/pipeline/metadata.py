@@ -49,6 +49,32 @@ class Provenance(_Frozen):
     license: str | None = Field(default=None, description="The weights' licence.")
 
 
+class AlignmentInfo(_Frozen):
+    """How a face is cut for this model: five landmarks onto a template by a similarity transform."""
+
+    method: Literal["similarity_5_point"] = "similarity_5_point"
+    landmarks: tuple[str, str, str, str, str] = Field(
+        default=("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"),
+        description="Landmark order; left means the image's left.",
+    )
+    template: tuple[
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+    ] = Field(
+        description="Where each landmark lands in the chip, (x, y), pixel centres on integers."
+    )
+    flip_augmentation: bool = Field(
+        default=False,
+        description="Embed each chip and its mirror image and average the two embeddings.",
+    )
+    derivation: dict[str, Any] = Field(
+        default_factory=dict, description="How the template was obtained, with its figures."
+    )
+
+
 class ModelMetadata(_Frozen):
     """Describes one exported embedding model (``models/<name>/<version>/metadata.json``)."""
 
@@ -69,8 +95,8 @@ class ModelMetadata(_Frozen):
     threshold_source: str = Field(description="Where the threshold comes from.")
     signature: SignatureInfo = Field(default_factory=SignatureInfo)
     provenance: Provenance
-    alignment: dict[str, Any] | None = Field(
-        default=None, description="How faces are aligned to the model's chips (template, padding)."
+    alignment: AlignmentInfo | None = Field(
+        default=None, description="How faces are aligned to the model's chips."
     )
     calibration: dict[str, Any] | None = Field(
         default=None, description="Threshold calibration and distance-to-probability mapping."
