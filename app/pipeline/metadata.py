@@ -50,7 +50,7 @@ class Provenance(_Frozen):
 
 
 class AlignmentInfo(_Frozen):
-    """How a face is cut for this model: five landmarks onto a template by a similarity transform."""
+    """How faces are cut for this model: five landmarks onto a template, similarity transform."""
 
     method: Literal["similarity_5_point"] = "similarity_5_point"
     landmarks: tuple[str, str, str, str, str] = Field(
