@@ -340,3 +340,20 @@ def _different_pairs(
                 if len(chosen) == count:
                     break
     return [Pair(images[first], images[second], same=False) for first, second in chosen]
+
+
+def split_by_identity(
+    labels: Mapping[Path, str], *, seed: int
+) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Splits images into two halves by identity (no identity in both), seeded.
+
+    The first half is for tuning (the alignment template, choices such as flip augmentation), the
+    second is held out from that tuning for calibration, so the threshold is not fitted on data the
+    rest of the pipeline was tuned on.
+    """
+    identities = sorted(set(labels.values()))
+    order = np.random.default_rng(seed).permutation(len(identities))
+    first = {identities[index] for index in order[: len(identities) // 2]}
+    tuning = {path: who for path, who in labels.items() if who in first}
+    held_out = {path: who for path, who in labels.items() if who not in first}
+    return tuning, held_out

@@ -109,3 +109,52 @@ def test_command_line_errors_are_one_sentence(
     assert "positive integer" in messages[1]
     assert "not a dlib network file" in messages[2]
     assert not (tmp_path / "dlib_resnet_v1").exists()
+
+
+def test_a_changed_calibration_or_template_triggers_a_rebuild(
+    default_model_dir: Path, dlib_model_file: Path
+) -> None:
+    import dataclasses
+
+    from training.import_dlib import load_build_settings
+
+    settings = load_build_settings()
+    sha = file_sha256(dlib_model_file)
+    assert is_up_to_date(default_model_dir, source_sha256=sha, settings=settings)
+    moved = settings.alignment.model_copy(
+        update={"template": tuple((x + 1.0, y) for x, y in settings.alignment.template)}
+    )
+    assert not is_up_to_date(
+        default_model_dir,
+        source_sha256=sha,
+        settings=dataclasses.replace(settings, alignment=moved),
+    )
+    assert not is_up_to_date(
+        default_model_dir,
+        source_sha256=sha,
+        settings=dataclasses.replace(settings, calibration={"threshold": 0.5, "source": "x"}),
+    )
+
+
+def test_make_pairs_command(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["image identity"]
+    for index in range(12):
+        name = f"{index:06d}.jpg"
+        (images / name).write_bytes(b"")
+        lines.append(f"{name} {index % 4}")
+    identities = tmp_path / "identity.txt"
+    identities.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "pairs.csv"
+    arguments = ["make-pairs", "--identities", str(identities), "--images", str(images)]
+    assert main([*arguments, "--output", str(output), "--same", "5", "--different", "5"]) == 0
+    rows = output.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "path_a,path_b,same" and len(rows) == 11
+    assert main([*arguments, "--output", str(output), "--same", "0"]) == 2
+
+
+def test_evaluate_and_calibrate_check_their_arguments(tmp_path: Path) -> None:
+    for command in ("evaluate", "calibrate"):
+        arguments = [command, "--model", str(tmp_path), "--pairs", "x.csv", "--images", "."]
+        assert main(arguments) == 2

@@ -193,3 +193,15 @@ def test_reads_the_identity_file_for_present_images(tmp_path: Path) -> None:
         read_identity_file(tmp_path / "bad.txt", images_dir=images)
     with pytest.raises(ValueError, match="is not a directory"):
         read_identity_file(identity_file, images_dir=tmp_path / "nowhere")
+
+
+def test_split_by_identity_is_disjoint_and_seeded() -> None:
+    from training.pairs import split_by_identity
+
+    labels = {Path(f"{index:03d}.jpg"): f"person{index % 10}" for index in range(60)}
+    tuning, held_out = split_by_identity(labels, seed=3)
+    assert set(tuning) | set(held_out) == set(labels)
+    assert not set(tuning.values()) & set(held_out.values())
+    assert len(set(tuning.values())) == 5
+    assert split_by_identity(labels, seed=3) == (tuning, held_out)
+    assert split_by_identity(labels, seed=4) != (tuning, held_out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.pipeline.align import align_face, estimate_similarity, warp_affine
+from app.pipeline.align import align_face, estimate_similarity, reduce_for_warp, warp_affine
 from tests.helpers import dlib_chips
 
 
@@ -68,3 +68,23 @@ def test_reproduces_dlibs_chips(astronaut: np.ndarray, dlib_tools: dict[str, obj
     ours = warp_affine(astronaut, dlib_chip_transform(details), (150, 150))
     theirs = dlib_chips(dlib_tools, astronaut)[0]
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_large_faces_are_reduced_before_the_warp() -> None:
+    # A fine checkerboard shrunk 8x: point sampling would alias into a strong pattern, the
+    # reduced image averages it to mid-grey as a smooth resize does.
+    checker = ((np.indices((1200, 1200)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    image = np.repeat(checker[:, :, np.newaxis], 3, axis=2)
+    template = np.array([[50.0, 50.0], [100.0, 50.0], [75.0, 100.0]])
+    landmarks = template * 8
+    chip = align_face(image, landmarks, template=template, size=(150, 150))
+    assert abs(float(chip.mean()) - 127.5) < 3 and float(chip.std()) < 10
+    # The reduced image and its matrix map landmarks to the same chip points.
+    matrix = estimate_similarity(landmarks, template)
+    reduced, reduced_matrix = reduce_for_warp(image, matrix)
+    assert reduced.shape[0] == 1200 // 4
+    factor = 4
+    reduced_points = (landmarks - (factor - 1) / 2) / factor
+    np.testing.assert_allclose(
+        reduced_points @ reduced_matrix[:, :2].T + reduced_matrix[:, 2], template, atol=1e-9
+    )
