@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+# The service owns the formula; training fits its parameters.
+from app.pipeline.compare import platt_probability as platt_probability
 
 logger = logging.getLogger(__name__)
 
@@ -361,30 +364,3 @@ def fit_platt(
     else:
         logger.warning("Platt fit: no convergence after %d Newton iterations", max_iterations)
     return PlattParameters(a=a, b=b)
-
-
-@overload
-def platt_probability(distances: float, *, a: float, b: float) -> float: ...
-
-
-@overload
-def platt_probability(distances: npt.NDArray[Any], *, a: float, b: float) -> FloatArray: ...
-
-
-def platt_probability(
-    distances: float | npt.NDArray[Any], *, a: float, b: float
-) -> float | FloatArray:
-    """p(same | d) = 1 / (1 + exp(a * d + b)), computed as exp(-logaddexp(0, a * d + b)).
-
-    The log-sum form never overflows; an infinite distance (a missing face) gives 0.
-    """
-    values = np.asarray(distances, dtype=np.float64)
-    if np.any(np.isnan(values)):
-        raise ValueError("Distances must not be NaN; pass numbers or +inf for a missing face.")
-    infinite = np.isposinf(values)
-    # The infinite distances are zeroed first because a * inf is NaN when a is 0.
-    probability = np.exp(-np.logaddexp(0.0, a * np.where(infinite, 0.0, values) + b))
-    probability = np.where(infinite, 0.0, probability)
-    if np.ndim(distances) == 0:
-        return float(probability)
-    return probability

@@ -4,9 +4,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
+
+Float64Array = npt.NDArray[np.float64]
+
+
+@overload
+def platt_probability(distances: float, *, a: float, b: float) -> float: ...
+
+
+@overload
+def platt_probability(distances: npt.NDArray[Any], *, a: float, b: float) -> Float64Array: ...
+
+
+def platt_probability(
+    distances: float | npt.NDArray[Any], *, a: float, b: float
+) -> float | Float64Array:
+    """p(same | d) = 1 / (1 + exp(a * d + b)), computed as exp(-logaddexp(0, a * d + b)).
+
+    The log-sum form never overflows; an infinite distance (a missing face) gives 0.
+    """
+    values = np.asarray(distances, dtype=np.float64)
+    if np.any(np.isnan(values)):
+        raise ValueError("Distances must not be NaN; pass numbers or +inf for a missing face.")
+    infinite = np.isposinf(values)
+    # The infinite distances are zeroed first because a * inf is NaN when a is 0.
+    probability = np.exp(-np.logaddexp(0.0, a * np.where(infinite, 0.0, values) + b))
+    probability = np.where(infinite, 0.0, probability)
+    if np.ndim(distances) == 0:
+        return float(probability)
+    return probability
 
 
 @dataclass(frozen=True)
@@ -20,10 +50,7 @@ class PlattScaling:
     b: float
 
     def probability(self, distance: float) -> float:
-        if math.isinf(distance):
-            return 0.0
-        # 1 / (1 + exp(z)) = exp(-logaddexp(0, z)), which never overflows.
-        return float(np.exp(-np.logaddexp(0.0, self.a * distance + self.b)))
+        return platt_probability(distance, a=self.a, b=self.b)
 
 
 @dataclass(frozen=True)
@@ -45,7 +72,7 @@ def euclidean_distance(first: npt.ArrayLike, second: npt.ArrayLike) -> float:
     return float(np.linalg.norm(a - b))
 
 
-def pairwise_distances(first: npt.ArrayLike, second: npt.ArrayLike) -> npt.NDArray[np.float64]:
+def pairwise_distances(first: npt.ArrayLike, second: npt.ArrayLike) -> Float64Array:
     """Distances between every row of ``first`` [N, D] and every row of ``second`` [M, D]."""
     a = np.asarray(first, dtype=np.float64)
     b = np.asarray(second, dtype=np.float64)
