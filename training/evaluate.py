@@ -25,6 +25,7 @@ import numpy.typing as npt
 # tqdm ships no type hints and pyproject.toml does not list it with the other untyped packages.
 from tqdm import tqdm
 
+from app.pipeline.compare import euclidean_distance
 from app.pipeline.errors import InputError
 from training import metrics
 from training.pairs import Pair, read_pairs
@@ -167,7 +168,8 @@ def embed_unique_images(
 
 
 def pair_distances(pairs: Sequence[Pair], *, embed: EmbedFn, batch_size: int = 32) -> PairDistances:
-    """Euclidean distance sqrt(sum((a - b)^2)) of each pair's embeddings; +inf if one is None."""
+    """Euclidean distance of each pair's embeddings (as the service compares them); +inf when
+    either has no embedding."""
     if not pairs:
         raise ValueError("There are no pairs to evaluate; give at least one pair.")
     paths = [path for pair in pairs for path in (pair.path_a, pair.path_b)]
@@ -177,14 +179,7 @@ def pair_distances(pairs: Sequence[Pair], *, embed: EmbedFn, batch_size: int = 3
         first, second = embeddings[pair.path_a], embeddings[pair.path_b]
         if first is None or second is None:
             continue
-        a = np.asarray(first, dtype=np.float64)
-        b = np.asarray(second, dtype=np.float64)
-        if a.shape != b.shape or a.ndim != 1:
-            raise ValueError(
-                f"Embeddings of {pair.path_a} and {pair.path_b} have shapes {a.shape} and "
-                f"{b.shape}; the embedding function must return vectors of one length."
-            )
-        distances[index] = np.linalg.norm(a - b)
+        distances[index] = euclidean_distance(first, second)
     # Distinct files, so two spellings of one path count once.
     without_face: dict[Path, Path] = {}
     for path, embedding in embeddings.items():
