@@ -7,6 +7,8 @@
     │   ├── ImageTooLargeError      payload_too_large: too many bytes or too many pixels
     │   ├── NoFaceError             no_face: no face found (or none large or sure enough)
     │   └── MultipleFacesError      multiple_faces: more than one face where one was required
+    ├── OverloadedError             overloaded: the work queue is full; retry shortly
+    ├── RequestTimeoutError         timeout: the request took longer than allowed
     └── ModelError                  the model cannot be used; raised at start-up
         ├── MetadataError           model_metadata: metadata.json missing or invalid
         └── ModelLoadError          model_load: no loadable SavedModel
@@ -66,6 +68,14 @@ class MultipleFacesError(InputError):
     def __init__(self, detail: str, *, count: int, image: str | None = None) -> None:
         super().__init__(detail, image=image)
         self.count = count
+
+
+class OverloadedError(FaceVerifyError):
+    code = "overloaded"
+
+
+class RequestTimeoutError(FaceVerifyError):
+    code = "timeout"
 
 
 class ModelError(FaceVerifyError):
