@@ -72,3 +72,16 @@ def test_config_is_validated() -> None:
         DetectorConfig(min_score=1.5)
     with pytest.raises(ValueError, match="max_side"):
         DetectorConfig(max_side=10)
+
+
+def test_a_photos_faces_do_not_depend_on_its_batch(
+    detector: FaceDetector, astronaut: np.ndarray
+) -> None:
+    crop = np.ascontiguousarray(astronaut[:300, 50:450])
+    other = np.ascontiguousarray(astronaut[100:, :])
+    (alone,) = detector.detect([crop])
+    together = detector.detect([other, crop, crop])
+    assert len(alone) == 1
+    for faces in together[1:]:
+        np.testing.assert_allclose(faces[0].landmarks, alone[0].landmarks, atol=1e-3)
+        assert faces[0].score == pytest.approx(alone[0].score, abs=1e-4)
