@@ -13,7 +13,13 @@ from app.pipeline.embed import Embedder
 from app.pipeline.metadata import ModelMetadata, Provenance, read_metadata
 from training.__main__ import main
 from training.export import export_saved_model
-from training.import_dlib import CONVERTER_VERSION, file_sha256, import_dlib, is_up_to_date
+from training.import_dlib import (
+    CONVERTER_VERSION,
+    file_sha256,
+    import_dlib,
+    is_up_to_date,
+    load_build_settings,
+)
 
 
 def test_round_trip_matches_the_in_memory_model(
@@ -47,7 +53,13 @@ def test_metadata_describes_the_export(default_model_dir: Path, dlib_model_file:
     assert metadata.input_size == (150, 150)
     assert metadata.embedding_size == 128
     assert metadata.metric == "euclidean"
-    assert metadata.threshold == 0.6
+    # The committed calibration (training/dlib_resnet_v1.json) sets the threshold and alignment.
+    settings = load_build_settings()
+    assert settings.calibration is not None
+    assert metadata.threshold == settings.calibration["threshold"]
+    assert metadata.calibration == settings.calibration
+    assert metadata.alignment == settings.alignment
+    assert metadata.alignment is not None and metadata.alignment.flip_augmentation
     assert metadata.provenance.source_sha256 == file_sha256(dlib_model_file)
     assert metadata.provenance.converter_version == CONVERTER_VERSION
     assert {"tensorflow", "keras"} <= set(metadata.provenance.frameworks)
@@ -115,8 +127,6 @@ def test_a_changed_calibration_or_template_triggers_a_rebuild(
     default_model_dir: Path, dlib_model_file: Path
 ) -> None:
     import dataclasses
-
-    from training.import_dlib import load_build_settings
 
     settings = load_build_settings()
     sha = file_sha256(dlib_model_file)
