@@ -1,31 +1,28 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes.
+
+They are ``async def`` because they never block: on the event loop they answer at once even when
+every thread of the pool is busy with inference, so a loaded service is not mistaken for a dead one.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter
+
+from app.api.deps import EngineDep
+from app.api.errors import NotReadyError, error_responses
+from app.api.schemas import HealthResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-class HealthResponse(BaseModel):
-    status: str = Field(description="`ok` when the probe passes.", examples=["ok"])
-
-
 @router.get("/live", response_model=HealthResponse)
-def live() -> HealthResponse:
+async def live() -> HealthResponse:
     """Whether the process is up and answering."""
     return HealthResponse(status="ok")
 
 
-@router.get(
-    "/ready",
-    response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "The model is not loaded yet."}},
-)
-def ready(request: Request, response: Response) -> HealthResponse:
-    """Whether the model is loaded and warmed up, so requests can be served."""
-    if getattr(request.app.state, "ready", False):
-        return HealthResponse(status="ok")
-    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthResponse(status="not_ready")
+@router.get("/ready", response_model=HealthResponse, responses=error_responses(NotReadyError))
+async def ready(engine: EngineDep) -> HealthResponse:
+    """Whether the model is loaded and a warm-up inference on a real face passed."""
+    # Resolving the engine is the check: it exists only once the warm-up has passed.
+    return HealthResponse(status="ok")
