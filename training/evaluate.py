@@ -311,6 +311,16 @@ def write_report(
     return {"evaluation": report, "roc": roc, "distances": histogram}
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _plot_roc(
     distances: npt.NDArray[np.float64],
     same: npt.NDArray[np.bool_],
@@ -318,11 +328,7 @@ def _plot_roc(
     threshold: float,
     path: Path,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     different_pairs = int(np.count_nonzero(~same))
     # FAR = 0 cannot be drawn on a log axis; the axis starts at half the smallest measurable FAR.
     floor = 0.5 / different_pairs
@@ -382,11 +388,7 @@ def _plot_distances(
     threshold: float,
     path: Path,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     finite = np.isfinite(distances)
     figure, axes = plt.subplots(figsize=(7, 4.5))
     try:
