@@ -13,10 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.pipeline.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from app.pipeline.detect import DetectorConfig
+from app.pipeline.engine import EngineConfig
+from app.pipeline.pipeline import PipelineConfig
 
 ENV_PREFIX = "FACEVERIFY_"
-_MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -53,16 +55,18 @@ class Settings(BaseSettings):
 
     # Batching and backpressure.
     max_batch_size: int = Field(
-        default=64, ge=1, description="Most images (detection) or faces (embedding) per call."
+        default=PipelineConfig.max_batch_size,
+        ge=1,
+        description="Most images (detection) or faces (embedding) per call.",
     )
     max_wait_ms: float = Field(
-        default=5.0,
+        default=EngineConfig.max_wait_ms,
         ge=0,
         le=1000,
         description="How long a batch waits for more work after its first item, in milliseconds.",
     )
     max_queue: int = Field(
-        default=256,
+        default=EngineConfig.max_queue,
         ge=1,
         description=(
             "Most image requests admitted at once, and most items waiting in each batcher; "
@@ -72,16 +76,20 @@ class Settings(BaseSettings):
 
     # Limits.
     max_image_bytes: int = Field(
-        default=10 * _MIB, ge=1, description="Largest accepted image file, in bytes."
+        default=DEFAULT_MAX_BYTES, ge=1, description="Largest accepted image file, in bytes."
     )
     max_image_pixels: int = Field(
-        default=50_000_000, ge=1, description="Largest accepted image, in pixels (width x height)."
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Largest accepted image, in pixels (width x height).",
     )
     max_embed_images: int = Field(
         default=16, ge=1, description="Most images in one /embed request."
     )
     request_timeout_s: float = Field(
-        default=30.0, gt=0, description="Longest time one request may take before a 504."
+        default=EngineConfig.request_timeout_s,
+        gt=0,
+        description="Longest time one request may take before a 504.",
     )
     min_face_size: int = Field(
         default=DetectorConfig.min_face_size,
