@@ -1,4 +1,4 @@
-"""Custom Keras layers of the dlib ResNet tower, written with ``keras.ops`` only.
+"""Custom Keras layers of the dlib ResNet tower and the Siamese network, in ``keras.ops`` only.
 
 They run on any Keras 3 backend (TensorFlow, JAX, PyTorch), save and load in the ``.keras``
 format, and respect mixed precision (they compute in ``self.compute_dtype``).
@@ -99,3 +99,30 @@ class ZeroExtendAdd(keras.layers.Layer):  # type: ignore[misc]
         self, input_shape: Sequence[tuple[int | None, ...]]
     ) -> tuple[int | None, ...]:
         return (input_shape[0][0], *self._target_shape(input_shape))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EuclideanDistance(keras.layers.Layer):  # type: ignore[misc]
+    """The Euclidean distance between two batches of embeddings: d = sqrt(max(sum((a - b)^2), eps)).
+
+    It computes in float32 whatever the precision policy, as the service compares embeddings, and
+    the floor ``eps`` keeps the gradient finite when two embeddings coincide. Output: [batch, 1].
+    """
+
+    def __init__(self, epsilon: float = 1e-12, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        first, second = (ops.cast(tensor, "float32") for tensor in inputs)
+        squared = ops.sum(ops.square(first - second), axis=-1, keepdims=True)
+        return ops.sqrt(ops.maximum(squared, self.epsilon))
+
+    def compute_output_shape(
+        self, input_shape: Sequence[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        return (input_shape[0][0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "epsilon": self.epsilon}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,19 @@ from app.pipeline.metadata import ModelMetadata, read_metadata
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+
+
+def flip_averaged(
+    embed: Callable[[npt.NDArray[Any]], npt.ArrayLike], chips: npt.ArrayLike
+) -> FloatArray:
+    """The mean of the embeddings of each chip and of its mirror image, in one call of ``embed``.
+
+    Models whose metadata asks for flip augmentation are calibrated on these averages, so serving,
+    evaluation and training all compute them here.
+    """
+    batch = np.asarray(chips)
+    both = np.asarray(embed(np.concatenate([batch, batch[:, :, ::-1]])), dtype=np.float32)
+    return np.asarray((both[: len(batch)] + both[len(batch) :]) / 2.0, dtype=np.float32)
 
 
 class Embedder:

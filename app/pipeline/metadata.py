@@ -102,6 +102,11 @@ class ModelMetadata(_Frozen):
         default=None, description="Threshold calibration and distance-to-probability mapping."
     )
     evaluation: dict[str, Any] | None = Field(default=None, description="Evaluation figures.")
+    training: dict[str, Any] | None = Field(
+        default=None,
+        description="For a trained model: the training configuration, the fingerprint of its "
+        "data and its history.",
+    )
 
     def write(self, directory: str | Path) -> Path:
         """Writes ``metadata.json`` into ``directory`` and returns its path."""

@@ -18,7 +18,7 @@ from app.pipeline.align import align_face
 from app.pipeline.compare import PlattScaling, Verdict, decide, euclidean_distance
 from app.pipeline.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from app.pipeline.detect import DetectorConfig, Face, FaceDetector
-from app.pipeline.embed import Embedder
+from app.pipeline.embed import Embedder, flip_averaged
 from app.pipeline.errors import InputError, MetadataError, NoFaceError
 from app.pipeline.metadata import ModelMetadata
 
@@ -119,8 +119,7 @@ class FacePipeline:
         batch = np.asarray(chips)
         if not self.flip_augmentation or len(batch) == 0:
             return self.embedder.embed(batch)
-        both = self.embedder.embed(np.concatenate([batch, batch[:, :, ::-1]]))
-        return np.asarray((both[: len(batch)] + both[len(batch) :]) / 2.0, dtype=np.float32)
+        return flip_averaged(self.embedder.embed, batch)
 
     def embed_faces(
         self, images: Sequence[ImageArray], *, max_faces: int | None = None

@@ -1,0 +1,1 @@
+"""Training data: downloading CelebA, preparing aligned chips, sampling pairs."""
