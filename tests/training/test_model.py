@@ -141,3 +141,22 @@ def test_mixed_precision_tower_still_returns_float32() -> None:
 def test_bad_tower_settings_are_refused(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TowerConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_mixed_precision_compiles_with_loss_scaling() -> None:
+    """The GPU's default policy: Keras wraps the optimizer in dynamic loss scaling, and the
+    distances and the loss stay float32. (A float16 training step on the CPU is emulated and too
+    slow for the suite; benchmarks/training_throughput.py runs them on a GPU.)"""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        tower = build_tower(TowerConfig(weights="none"))
+        siamese = build_siamese(tower)
+        siamese.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ContrastiveLoss(margin=1.0))
+        assert isinstance(siamese.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert tower.get_layer("backbone").compute_dtype == "float16"
+        chips = np.random.default_rng(0).uniform(0, 255, (2, 150, 150, 3)).astype(np.float32)
+        distances = siamese([chips, chips[::-1]])
+        assert distances.dtype == "float32"
+        assert np.all(np.isfinite(np.asarray(distances)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

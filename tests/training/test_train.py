@@ -275,3 +275,81 @@ def test_precision_follows_the_device() -> None:
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_fine_tuning_on_real_photos_keeps_the_model_working(
+    shared_data: Path, default_model_dir: Path, tmp_path: Path
+) -> None:
+    """A few hundred real CelebA photos: prepare, fine-tune the dlib tower for an epoch, export;
+    the export must verify real faces about as well as the default model on the same test pairs."""
+    from training.train import evaluate_on_split
+
+    celeba = shared_data / "celeba"
+    data = tmp_path / "prepared"
+    assert (
+        main(
+            [
+                "prepare",
+                "--images",
+                str(celeba / "img_align_celeba_half"),
+                "--identity-file",
+                str(celeba / "identity_CelebA.txt"),
+                "--alignment-model",
+                str(default_model_dir),
+                "--output",
+                str(data),
+                "--limit",
+                "150",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    manifest = read_manifest(data)
+    assert 300 <= sum(split.chips for split in manifest.splits.values()) <= 450
+    run = tmp_path / "run"
+    arguments = [
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        "--models-root",
+        str(tmp_path / "models"),
+        "--name",
+        "finetuned",
+        "--epochs",
+        "1",
+        "--head-learning-rate",
+        "1e-4",
+        "--pairs-per-epoch",
+        "128",
+        "--batch-size",
+        "16",
+        "--validation-pairs",
+        "200",
+        "--quiet",
+    ]
+    assert main(arguments) == 0
+    state = json.loads((run / STATE_FILE).read_text())
+    assert state["best_score"] >= state["baseline"]["val_auc"]
+
+    def figures(model: Path) -> dict[str, float]:
+        result = evaluate_on_split(
+            model_dir=model,
+            data_dir=data,
+            split="test",
+            pairs=400,
+            seed=5,
+            output_dir=tmp_path / model.name,
+        )
+        return {"auc": result["roc_auc"], "accuracy": result["ten_fold_accuracy"]["mean"]}
+
+    default = figures(default_model_dir)
+    finetuned = figures(tmp_path / "models" / "finetuned" / "1")
+    assert default["auc"] > 0.85  # the real photos are verifiable at all
+    assert finetuned["auc"] >= default["auc"] - 0.02
+    assert finetuned["accuracy"] >= default["accuracy"] - 0.03
