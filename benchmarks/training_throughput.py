@@ -12,7 +12,7 @@ It runs on whichever Keras backend ``KERAS_BACKEND`` names (TensorFlow by defaul
 machine without TensorFlow), on the GPU when there is one; say which when quoting the figures.
 
     python benchmarks/training_throughput.py [--backbone dlib_resnet] [--batch-size 32]
-        [--precision float32|mixed_float16|both] [--rounds 5] [--steps 5]
+        [--precision float32|mixed_float16|both] [--unfreeze-layers N] [--rounds 5] [--steps 5]
 """
 
 from __future__ import annotations
@@ -44,13 +44,22 @@ from training.model import (  # noqa: E402
 
 
 def measure(
-    *, backbone: str, precision: str, phase: str, batch_size: int, rounds: int, steps: int
+    *,
+    backbone: str,
+    precision: str,
+    phase: str,
+    batch_size: int,
+    rounds: int,
+    steps: int,
+    unfreeze_layers: int = 0,
 ) -> tuple[float, float, int]:
     """Median images/s, median ms per step, and the trainable weight count."""
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     tower = build_tower(TowerConfig(backbone=backbone, weights="none"), pretrained=False)
-    trainable = set_phase(tower, "head" if phase == "head" else "full")
+    trainable = set_phase(
+        tower, "head" if phase == "head" else "full", backbone_layers=unfreeze_layers
+    )
     siamese = build_siamese(tower)
     siamese.compile(optimizer=keras.optimizers.Adam(1e-4), loss=ContrastiveLoss(margin=1.0))
     rows, cols = tower.input_shape[1:3]
@@ -93,6 +102,9 @@ def main() -> None:
         "--precision", choices=("float32", "mixed_float16", "both"), default="float32"
     )
     parser.add_argument("--phases", default="head,full")
+    parser.add_argument(
+        "--unfreeze-layers", type=int, default=0, help="the full phase's top layers (0: all)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     args = parser.parse_args()
@@ -123,6 +135,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 rounds=args.rounds,
                 steps=args.steps,
+                unfreeze_layers=args.unfreeze_layers,
             )
             print(
                 f"{precision:>13} | {phase:>5} | {trainable:>10,} | {rate:>9.1f} | {step_ms:>8.1f}",

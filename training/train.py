@@ -834,31 +834,65 @@ def check_export(
     return difference
 
 
-def evaluate_on_split(
-    *, model_dir: Path, data_dir: Path, split: str, pairs: int, seed: int, output_dir: Path
-) -> dict[str, Any]:
-    """Evaluates an exported model on seeded pairs of a prepared split, at its own threshold."""
+@dataclass(frozen=True)
+class _ExportedSplit:
+    """An exported model's distances on seeded pairs of a prepared split."""
+
+    metadata: ModelMetadata
+    manifest: PreparedManifest
+    images: int
+    distances: npt.NDArray[np.float64]
+    same: npt.NDArray[np.bool_]
+
+
+def _exported_split_distances(
+    *, model_dir: Path, data_dir: Path, split: str, pairs: int, seed: int
+) -> _ExportedSplit:
+    """Embeds a split's chips with an export, as the service embeds chips (flip-averaged when its
+    metadata says so), and measures seeded balanced pairs."""
     from app.pipeline.embed import Embedder
-    from training.evaluate import PairDistances, evaluate_distances, log_summary, write_report
 
     embedder = Embedder(model_dir)
     manifest = read_manifest(data_dir)
     _check_chip_size(embedder.metadata, manifest)
-    flip = bool(embedder.metadata.alignment and embedder.metadata.alignment.flip_augmentation)
+    alignment = embedder.metadata.alignment
     data = load_split(data_dir, split)
     distances, same = chip_split_distances(
         embedder.embed,
         data,
         chip_size=embedder.metadata.input_size,
-        flip=flip,
+        flip=bool(alignment and alignment.flip_augmentation),
         pairs=pairs,
         seed=seed,
     )
-    result = evaluate_distances(
-        PairDistances(distances=distances, same=same, images=len(data), images_without_face=()),
-        threshold=embedder.metadata.threshold,
+    return _ExportedSplit(
+        metadata=embedder.metadata,
+        manifest=manifest,
+        images=len(data),
+        distances=distances,
+        same=same,
     )
-    write_report(result, distances, same, output_dir=output_dir)
+
+
+def evaluate_on_split(
+    *, model_dir: Path, data_dir: Path, split: str, pairs: int, seed: int, output_dir: Path
+) -> dict[str, Any]:
+    """Evaluates an exported model on seeded pairs of a prepared split, at its own threshold."""
+    from training.evaluate import PairDistances, evaluate_distances, log_summary, write_report
+
+    measured = _exported_split_distances(
+        model_dir=model_dir, data_dir=data_dir, split=split, pairs=pairs, seed=seed
+    )
+    result = evaluate_distances(
+        PairDistances(
+            distances=measured.distances,
+            same=measured.same,
+            images=measured.images,
+            images_without_face=(),
+        ),
+        threshold=measured.metadata.threshold,
+    )
+    write_report(result, measured.distances, measured.same, output_dir=output_dir)
     log_summary(result)
     return result.to_dict()
 
@@ -867,26 +901,16 @@ def calibrate_on_split(
     *, model_dir: Path, data_dir: Path, split: str, pairs: int, seed: int
 ) -> dict[str, Any]:
     """Calibrates an exported model on seeded pairs of a prepared split; rewrites its metadata."""
-    from app.pipeline.embed import Embedder
     from training.calibrate import apply_calibration, calibrate
 
-    embedder = Embedder(model_dir)
-    manifest = read_manifest(data_dir)
-    _check_chip_size(embedder.metadata, manifest)
-    flip = bool(embedder.metadata.alignment and embedder.metadata.alignment.flip_augmentation)
-    distances, same = chip_split_distances(
-        embedder.embed,
-        load_split(data_dir, split),
-        chip_size=embedder.metadata.input_size,
-        flip=flip,
-        pairs=pairs,
-        seed=seed,
+    measured = _exported_split_distances(
+        model_dir=model_dir, data_dir=data_dir, split=split, pairs=pairs, seed=seed
     )
     calibration = calibrate(
-        distances,
-        same,
-        source=f"{distances.size} pairs of the {split} split of {data_dir} "
-        f"(data fingerprint {manifest.fingerprint[:12]})",
+        measured.distances,
+        measured.same,
+        source=f"{measured.distances.size} pairs of the {split} split of {data_dir} "
+        f"(data fingerprint {measured.manifest.fingerprint[:12]})",
     )
     apply_calibration(model_dir, calibration)
     return dataclasses.asdict(calibration)
