@@ -380,6 +380,18 @@ def validation_figures(
 # The run
 
 
+def check_splits(manifest: PreparedManifest) -> None:
+    """Every split must give same-person and different-person pairs: two or more people, one of
+    them with two or more chips. Checked before training, not after it."""
+    for split, info in manifest.splits.items():
+        if info.identities < 2 or info.chips <= info.identities:
+            raise ValueError(
+                f"The {split} split has {info.chips} chips of {info.identities} people; pairs "
+                "need at least two people, one of them with two or more chips. Prepare the data "
+                "with larger --validation-fraction/--test-fraction or more photos per person."
+            )
+
+
 def _write_json(path: Path, values: dict[str, Any]) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
@@ -443,6 +455,14 @@ def train(config: TrainConfig) -> TrainResult:
             f"The prepared chips are {manifest.chip_size[0]}x{manifest.chip_size[1]} but the "
             f"tower takes {config.tower.input_size[0]}x{config.tower.input_size[1]}; prepare the "
             "data for this input size or set --input-size to match."
+        )
+    check_splits(manifest)
+    destination = model_version_dir(config.models_root, config.model_name, config.model_version)
+    if config.export and destination.exists() and not config.overwrite:
+        # Found now rather than after hours of training.
+        raise FileExistsError(
+            f"{destination} already exists; choose another --version or --name, or pass "
+            "--overwrite to replace it (or --no-export)."
         )
     resumed = _check_run_dir(config, manifest)
     state = resumed if resumed is not None else RunState()

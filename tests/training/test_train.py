@@ -353,3 +353,33 @@ def test_fine_tuning_on_real_photos_keeps_the_model_working(
     assert default["auc"] > 0.85  # the real photos are verifiable at all
     assert finetuned["auc"] >= default["auc"] - 0.02
     assert finetuned["accuracy"] >= default["accuracy"] - 0.03
+
+
+def test_training_refuses_splits_without_pairs(trained: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "prepared"
+    shutil.copytree(trained["data"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["test"]["identities"] = 1
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    arguments = ["train", "--data", str(data), "--run-dir", str(tmp_path / "run")]
+    assert main([*arguments, *TRAIN_ARGUMENTS]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_refuses_an_existing_export_before_training(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    arguments = [
+        "train",
+        "--data",
+        str(trained["data"]),
+        "--run-dir",
+        str(run),
+        "--models-root",
+        str(trained["models"]),
+        "--name",
+        "tiny",
+    ]
+    assert main([*arguments, *TRAIN_ARGUMENTS]) == 2
+    assert not run.exists()
