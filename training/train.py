@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -49,7 +48,15 @@ from app.pipeline.metadata import (
     model_version_dir,
 )
 from training import metrics
-from training.data.records import PreparedManifest, SplitData, load_split, read_manifest
+from training.data.records import (
+    ChipFormat,
+    PreparedManifest,
+    SplitData,
+    decode_chip_tensor,
+    load_split,
+    read_manifest,
+    write_json_atomically,
+)
 from training.data.sampler import PairIndices, PairSampler
 from training.model import Phase, TowerConfig
 
@@ -241,16 +248,10 @@ def distribution_strategy() -> Any:
 # Input pipeline
 
 
-def _decode(encoded: Any, size: tuple[int, int]) -> Any:
+def _decode(encoded: Any, size: tuple[int, int], chip_format: ChipFormat) -> Any:
     import tensorflow as tf
 
-    # INTEGER_ACCURATE decodes JPEG exactly as Pillow does (TensorFlow's default IDCT differs by
-    # up to 15 levels), so training sees the pixels evaluation and export checks see.
-    image = tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_png(encoded, channels=3),
-    )
+    image = decode_chip_tensor(encoded, chip_format=chip_format)
     image.set_shape((size[0], size[1], 3))
     return tf.cast(image, tf.float32)
 
@@ -270,6 +271,7 @@ def pair_dataset(
     pairs: PairIndices,
     *,
     chip_size: tuple[int, int],
+    chip_format: ChipFormat,
     batch_size: int,
     augment: bool,
     seed: int,
@@ -287,8 +289,8 @@ def pair_dataset(
 
     def load(position: Any, example: Any) -> Any:
         first, second, same = example
-        image_a = _decode(tf.gather(chips, first), chip_size)
-        image_b = _decode(tf.gather(chips, second), chip_size)
+        image_a = _decode(tf.gather(chips, first), chip_size, chip_format)
+        image_b = _decode(tf.gather(chips, second), chip_size, chip_format)
         if augment:
             base = tf.stack([tf.cast(seed * 100_003 + epoch, tf.int64), position * 8])
             image_a = _augment(image_a, base)
@@ -310,6 +312,7 @@ def embed_split(
     chips: npt.NDArray[np.object_],
     *,
     chip_size: tuple[int, int],
+    chip_format: ChipFormat,
     flip: bool,
     batch_size: int = 64,
 ) -> FloatArray:
@@ -318,7 +321,10 @@ def embed_split(
 
     dataset = (
         tf.data.Dataset.from_tensor_slices(tf.constant(list(chips), dtype=tf.string))
-        .map(lambda encoded: _decode(encoded, chip_size), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(
+            lambda encoded: _decode(encoded, chip_size, chip_format),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -392,12 +398,6 @@ def check_splits(manifest: PreparedManifest) -> None:
             )
 
 
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(staging, path)
-
-
 def _check_run_dir(config: TrainConfig, manifest: PreparedManifest) -> RunState | None:
     """Prepares the run folder; returns the state to resume from, or None for a fresh run."""
     run_dir = config.run_dir
@@ -423,7 +423,7 @@ def _check_run_dir(config: TrainConfig, manifest: PreparedManifest) -> RunState 
                 f"--resume needs the settings {run_dir} started with; these differ: "
                 f"{', '.join(changed)}. Only {', '.join(sorted(RESUMABLE_CHANGES))} may change."
             )
-        _write_json(config_file, {**saved, "config": current})
+        write_json_atomically(config_file, {**saved, "config": current})
         return RunState.from_dict(json.loads(state_file.read_text(encoding="utf-8")))
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config.overwrite:
@@ -433,7 +433,7 @@ def _check_run_dir(config: TrainConfig, manifest: PreparedManifest) -> RunState 
             )
         shutil.rmtree(run_dir)
     (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    _write_json(
+    write_json_atomically(
         config_file,
         {
             "trainer": TRAINER,
@@ -520,6 +520,7 @@ def train(config: TrainConfig) -> TrainResult:
             lambda batch: tower(batch, training=False),
             validation_data.chips,
             chip_size=chip_size,
+            chip_format=manifest.chip_format,
             flip=config.flip_augmentation,
         )
         return validation_figures(embeddings, validation_pairs, margin=config.margin)
@@ -533,7 +534,7 @@ def train(config: TrainConfig) -> TrainResult:
             state.baseline["val_auc"],
             state.baseline["val_accuracy"],
         )
-        _write_json(config.run_dir / STATE_FILE, state.to_dict())
+        write_json_atomically(config.run_dir / STATE_FILE, state.to_dict())
 
     phase = ""
     for epoch in range(state.epochs_done, config.epochs):
@@ -572,6 +573,7 @@ def train(config: TrainConfig) -> TrainResult:
                 lambda batch: tower(batch, training=False),
                 train_data.chips[candidates],
                 chip_size=chip_size,
+                chip_format=manifest.chip_format,
                 flip=False,
             )
         pairs = sampler.epoch_pairs(epoch, candidate_embeddings=candidate_embeddings)
@@ -579,6 +581,7 @@ def train(config: TrainConfig) -> TrainResult:
             train_chips,
             pairs,
             chip_size=chip_size,
+            chip_format=manifest.chip_format,
             batch_size=config.batch_size,
             augment=config.augment,
             seed=config.seed,
@@ -623,7 +626,7 @@ def train(config: TrainConfig) -> TrainResult:
         if state.epochs_without_improvement >= config.patience:
             state.stopped_early = True
             logger.info("No improvement for %d epochs; stopping early", config.patience)
-        _write_json(config.run_dir / STATE_FILE, state.to_dict())
+        write_json_atomically(config.run_dir / STATE_FILE, state.to_dict())
         if state.stopped_early:
             break
 
@@ -689,13 +692,16 @@ def chip_split_distances(
     data: SplitData,
     *,
     chip_size: tuple[int, int],
+    chip_format: ChipFormat,
     flip: bool,
     pairs: int,
     seed: int,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
     """Distances and labels of seeded balanced pairs of one prepared split."""
     chosen = split_pairs(data.identities, count=pairs, seed=seed)
-    embeddings = embed_split(embed, data.chips, chip_size=chip_size, flip=flip)
+    embeddings = embed_split(
+        embed, data.chips, chip_size=chip_size, chip_format=chip_format, flip=flip
+    )
     return pair_distances_of(embeddings, chosen), chosen.same.astype(bool)
 
 
@@ -747,6 +753,7 @@ def finalize_run(
         embed,
         validation,
         chip_size=chip_size,
+        chip_format=manifest.chip_format,
         flip=config.flip_augmentation,
         pairs=calibration_pairs,
         seed=config.seed + 2,
@@ -762,6 +769,7 @@ def finalize_run(
         embed,
         test,
         chip_size=chip_size,
+        chip_format=manifest.chip_format,
         flip=config.flip_augmentation,
         pairs=test_pairs,
         seed=config.seed + 3,
@@ -814,7 +822,7 @@ def finalize_run(
         ),
     )
     export_saved_model(tower, directory=destination, metadata=metadata, overwrite=overwrite)
-    check_export(destination, tower, test, chip_size=chip_size)
+    check_export(destination, tower, test)
     logger.info(
         "Exported %s: threshold %.4f, test accuracy %.4f at it, AUC %.4f",
         destination,
@@ -830,7 +838,6 @@ def check_export(
     tower: Any,
     data: SplitData,
     *,
-    chip_size: tuple[int, int],
     chips: int = 8,
     tolerance: float = 1e-4,
 ) -> float:
@@ -881,6 +888,7 @@ def _exported_split_distances(
         embedder.embed,
         data,
         chip_size=embedder.metadata.input_size,
+        chip_format=manifest.chip_format,
         flip=bool(alignment and alignment.flip_augmentation),
         pairs=pairs,
         seed=seed,

@@ -228,7 +228,14 @@ def test_pair_dataset_is_seeded_and_keeps_pixels_in_range(trained: dict[str, Pat
 
     def batches(seed: int, augment: bool) -> list[np.ndarray]:
         dataset = pair_dataset(
-            chips, pairs, chip_size=(150, 150), batch_size=2, augment=augment, seed=seed, epoch=0
+            chips,
+            pairs,
+            chip_size=(150, 150),
+            chip_format="jpeg",
+            batch_size=2,
+            augment=augment,
+            seed=seed,
+            epoch=0,
         )
         return [images for (images, _), _ in dataset.as_numpy_iterator()]
 
@@ -243,7 +250,14 @@ def test_pair_dataset_is_seeded_and_keeps_pixels_in_range(trained: dict[str, Pat
         [
             same
             for _, same in pair_dataset(
-                chips, pairs, chip_size=(150, 150), batch_size=2, augment=False, seed=0, epoch=0
+                chips,
+                pairs,
+                chip_size=(150, 150),
+                chip_format="jpeg",
+                batch_size=2,
+                augment=False,
+                seed=0,
+                epoch=0,
             ).as_numpy_iterator()
         ]
     )
